@@ -257,9 +257,7 @@ def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settin
         hints = typing.get_type_hints(cls) if cls else {}
         if name not in hints:
             raise ConfigError(f"{source}: unknown key {section}.{name}")
-        by_section.setdefault(section, {})[name] = _coerce(
-            hints[name], value, f"{section}.{name}", source
-        )
+        by_section.setdefault(section, {})[name] = _coerce(hints[name], value, f"{section}.{name}", source)
     for section, changes in by_section.items():
         top[section] = dataclasses.replace(getattr(settings, section), **changes)
     return dataclasses.replace(settings, **top) if top else settings
@@ -330,7 +328,10 @@ def _finish(settings: Settings, path: Path | None) -> Settings:
         (1 <= settings.upload.quality <= 95, "upload.quality must be between 1 and 95"),
         (settings.budget.daily_neurons >= 0, "budget.daily_neurons must be 0 or more"),
         (settings.budget.reserve_neurons >= 0, "budget.reserve_neurons must be 0 or more"),
-        (settings.pricing.neurons_per_million_images > 0, "pricing.neurons_per_million_images must be positive"),
+        (
+            settings.pricing.neurons_per_million_images > 0,
+            "pricing.neurons_per_million_images must be positive",
+        ),
         (0 <= settings.xmp.min_score <= 1, "xmp.min_score must be between 0 and 1"),
         (settings.cloudflare.gateway_cache_ttl >= 0, "cloudflare.gateway_cache_ttl must be 0 or more"),
         (bool(settings.walk.extensions), "walk.extensions must name at least one extension"),

@@ -1,0 +1,491 @@
+"""All of cfclassify's SQL: the SQLite database behind scans, runs, the ledger and the reports.
+
+Opening a ``Store`` checks that the file is SQLite, switches on WAL, and applies pending
+migrations (``migrations.py``), so every command sees the current schema. Writes go through
+``_write()``, a ``BEGIN IMMEDIATE`` transaction: the write lock is taken up front, so two
+processes never deadlock upgrading a read lock, and a busy database waits ``busy_timeout``
+seconds before ``DatabaseBusy`` (exit 75). ``synchronous=FULL`` makes each commit durable
+before the next decision: a paid answer is on disk before the next request is reserved.
+
+sqlite3 errors are converted into the project's error tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from .errors import DatabaseBusy, StoreError
+from .migrations import migrations
+
+PAGE = 500
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class KnownFile:
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    missing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    dir: str
+    root: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingImage:
+    sha256: str
+    path: str
+    size: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+def _known(row: sqlite3.Row) -> KnownFile:
+    return KnownFile(
+        path=row["path"],
+        sha256=row["sha256"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        inode=row["inode"],
+        device=row["device"],
+        missing=bool(row["missing"]),
+    )
+
+
+@contextlib.contextmanager
+def _converted(path: str) -> Iterator[None]:
+    """The one boundary where sqlite3 errors become cfclassify errors."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            raise DatabaseBusy(
+                f"database {path} is busy: another cfclassify process is writing to it; "
+                "try again when it has finished"
+            ) from exc
+        raise StoreError(f"database {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path} is not a usable cfclassify database ({exc}); "
+            "point --db at another file or move this one away"
+        ) from exc
+
+
+class Store:
+    """The cfclassify database. One per process; not shared across threads."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StoreError(f"cannot create database {self.path}: folder {parent} does not exist")
+        with _converted(self.path):
+            try:
+                conn = sqlite3.connect(self.path, timeout=busy_timeout, check_same_thread=False)
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+            self.db = Database(conn)
+            # The first statement that reads the file is where a non-SQLite file shows itself.
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection = self.db.conn
+        return conn
+
+    def _migrate(self) -> None:
+        known = {m.name for m in migrations._migrations}
+        applied = {m.name for m in migrations.applied(self.db)}
+        if applied - known:
+            raise StoreError(
+                f"database {self.path} was written by a newer cfclassify "
+                f"(unknown migrations: {', '.join(sorted(applied - known))}); upgrade cfclassify"
+            )
+        if migrations.pending(self.db):
+            migrations.apply(self.db)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with _converted(self.path):
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _converted(self.path):
+            cursor = self.conn.execute(sql, params)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._read(sql, params)
+        return rows[0][0] if rows else None
+
+    # -- scan: the stat cache -------------------------------------------------------------------
+
+    def known_files_in_dir(self, directory: str) -> dict[str, KnownFile]:
+        rows = self._read(
+            "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files WHERE dir = ?",
+            (directory,),
+        )
+        return {r["path"]: _known(r) for r in rows}
+
+    def find_moved(self, device: int, inode: int, size: int, mtime_ns: int, path: str) -> KnownFile | None:
+        """A recorded file with this identity at another path: a move or rename within the roots."""
+        rows = self._read(
+            "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files "
+            "WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ? AND path != ? "
+            "AND sha256 IS NOT NULL LIMIT 1",
+            (device, inode, size, mtime_ns, path),
+        )
+        return _known(rows[0]) if rows else None
+
+    def begin_scan(self) -> None:
+        """Start collecting the paths this scan saw, to mark the others missing at the end."""
+        with _converted(self.path):
+            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (path TEXT PRIMARY KEY)")
+            self.conn.execute("DELETE FROM temp.seen")
+            self.conn.commit()
+
+    def record_scan_batch(self, seen: Sequence[str], changed: Sequence[FileRecord]) -> int:
+        """Record one batch of a scan; returns how many of ``changed`` brought a new image."""
+        now = utc_now()
+        with self._write() as conn:
+            conn.executemany("INSERT OR IGNORE INTO temp.seen(path) VALUES (?)", ((p,) for p in seen))
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO images (sha256, size, status, first_seen, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                ((f.sha256, f.size, now, now) for f in changed),
+            )
+            new_images = conn.total_changes - before
+            conn.executemany(
+                "INSERT INTO files (path, dir, root, sha256, size, mtime_ns, inode, device, "
+                "first_seen, last_seen, missing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                "ON CONFLICT(path) DO UPDATE SET dir=excluded.dir, root=excluded.root, "
+                "sha256=excluded.sha256, size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                "inode=excluded.inode, device=excluded.device, last_seen=excluded.last_seen, "
+                "missing=0, error=NULL",
+                (
+                    (f.path, f.dir, f.root, f.sha256, f.size, f.mtime_ns, f.inode, f.device, now, now)
+                    for f in changed
+                ),
+            )
+        return new_images
+
+    def finish_scan(self, roots: Iterable[str]) -> tuple[int, int]:
+        """Mark unseen files under ``roots`` missing and seen ones present; (missing, returned)."""
+        now = utc_now()
+        missing = 0
+        with self._write() as conn:
+            returned = conn.execute(
+                "UPDATE files SET missing = 0 WHERE missing = 1 AND path IN (SELECT path FROM temp.seen)"
+            ).rowcount
+            conn.execute("UPDATE files SET last_seen = ? WHERE path IN (SELECT path FROM temp.seen)", (now,))
+            for root in roots:
+                prefix = root.rstrip("/") + "/"
+                missing += conn.execute(
+                    "UPDATE files SET missing = 1 WHERE missing = 0 "
+                    "AND (path = ? OR substr(path, 1, ?) = ?) "
+                    "AND path NOT IN (SELECT path FROM temp.seen)",
+                    (root, len(prefix), prefix),
+                ).rowcount
+            conn.execute("DELETE FROM temp.seen")
+        return missing, returned
+
+    def is_known_image(self, sha256: str) -> bool:
+        return self._scalar("SELECT 1 FROM images WHERE sha256 = ?", (sha256,)) is not None
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self, command: str, roots: Sequence[str], pid: int, budget_micro: int | None) -> int:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (command, started_at, pid, roots, budget_micro) VALUES (?, ?, ?, ?, ?)",
+                (command, utc_now(), pid, json.dumps(list(roots)), budget_micro),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, exit_code: int, counts: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, exit_code = ?, counts = ? WHERE id = ?",
+                (utc_now(), status, exit_code, json.dumps(counts), run_id),
+            )
+
+    def close_abandoned_runs(self) -> int:
+        """Runs still marked running were killed: the run lock says no other is alive."""
+        with self._write() as conn:
+            return conn.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'").rowcount
+
+    # -- the ledger -----------------------------------------------------------------------------
+
+    def settle_orphaned_reservations(self) -> int:
+        """Reservations left by a run that died count as charges: we may have been billed."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE ledger SET state = 'charged', outcome = 'orphaned', settled_at = ? "
+                "WHERE state = 'reserved'",
+                (utc_now(),),
+            ).rowcount
+
+    def day_usage(self, day: str) -> tuple[int, int]:
+        """(charged, reserved) micro-neurons for a UTC day."""
+        rows = self._read(
+            "SELECT coalesce(sum(CASE WHEN state = 'charged' THEN micro_neurons END), 0), "
+            "coalesce(sum(CASE WHEN state = 'reserved' THEN micro_neurons END), 0) "
+            "FROM ledger WHERE day = ?",
+            (day,),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def day_exhausted(self, day: str) -> str | None:
+        """The reason the day was marked exhausted by a quota error, or None."""
+        value = self._scalar("SELECT exhausted_reason FROM ledger_days WHERE day = ?", (day,))
+        return str(value) if value is not None else None
+
+    def mark_day_exhausted(self, day: str, reason: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO ledger_days (day, exhausted_at, exhausted_reason) VALUES (?, ?, ?) "
+                "ON CONFLICT(day) DO UPDATE SET exhausted_at = excluded.exhausted_at, "
+                "exhausted_reason = excluded.exhausted_reason",
+                (day, utc_now(), reason),
+            )
+
+    def reserve(
+        self, *, day: str, cost: int, limit: int, run_id: int | None, sha256: str | None
+    ) -> int | None:
+        """Atomically reserve ``cost`` micro-neurons on ``day`` if it stays within ``limit``.
+
+        Returns the reservation id, or None when the day is exhausted or the budget is full.
+        The check and the insert share one IMMEDIATE transaction, so concurrent reservers (in
+        this process or another) can never together pass the limit.
+        """
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM ledger_days WHERE day = ?", (day,)).fetchone():
+                return None
+            used = conn.execute(
+                "SELECT coalesce(sum(micro_neurons), 0) FROM ledger "
+                "WHERE day = ? AND state IN ('reserved', 'charged')",
+                (day,),
+            ).fetchone()[0]
+            if used + cost > limit:
+                return None
+            cursor = conn.execute(
+                "INSERT INTO ledger (day, run_id, sha256, micro_neurons, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'reserved', ?)",
+                (day, run_id, sha256, cost, utc_now()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def settle(
+        self, reservation_id: int, *, state: str, outcome: str, micro_neurons: int | None = None
+    ) -> None:
+        """Turn a reservation into a charge or release it (outside a classification)."""
+        with self._write() as conn:
+            self._settle(conn, reservation_id, state, outcome, micro_neurons)
+
+    @staticmethod
+    def _settle(
+        conn: sqlite3.Connection, reservation_id: int, state: str, outcome: str, micro_neurons: int | None
+    ) -> None:
+        conn.execute(
+            "UPDATE ledger SET state = ?, outcome = ?, settled_at = ?, "
+            "micro_neurons = coalesce(?, micro_neurons) WHERE id = ? AND state = 'reserved'",
+            (state, outcome, utc_now(), micro_neurons, reservation_id),
+        )
+
+    def run_spend(self, run_id: int) -> int:
+        return int(
+            self._scalar(
+                "SELECT coalesce(sum(micro_neurons), 0) FROM ledger "
+                "WHERE run_id = ? AND state IN ('reserved', 'charged')",
+                (run_id,),
+            )
+        )
+
+    # -- images and classifications --------------------------------------------------------------
+
+    def pending_images(self, model: str, *, after: str = "", limit: int = PAGE) -> list[PendingImage]:
+        """Pending images (sha256 order, from ``after``) with one present path each."""
+        rows = self._read(
+            "SELECT i.sha256, f.path, i.size, i.attempts FROM images i "
+            "JOIN files f ON f.path = (SELECT path FROM files WHERE sha256 = i.sha256 AND missing = 0 "
+            "ORDER BY path LIMIT 1) "
+            "WHERE i.status = 'pending' AND i.sha256 > ? "
+            "AND NOT EXISTS (SELECT 1 FROM classifications c WHERE c.sha256 = i.sha256 AND c.model = ?) "
+            "ORDER BY i.sha256 LIMIT ?",
+            (after, model, limit),
+        )
+        return [PendingImage(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def count_pending(self) -> int:
+        return int(
+            self._scalar(
+                "SELECT count(*) FROM images i WHERE i.status = 'pending' "
+                "AND EXISTS (SELECT 1 FROM files f WHERE f.sha256 = i.sha256 AND f.missing = 0)"
+            )
+        )
+
+    def set_upload_info(
+        self, sha256: str, *, upload_sha256: str, upload_bytes: int, fmt: str, width: int, height: int
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE images SET upload_sha256 = ?, upload_bytes = ?, format = ?, width = ?, "
+                "height = ?, updated_at = ? WHERE sha256 = ?",
+                (upload_sha256, upload_bytes, fmt, width, height, utc_now(), sha256),
+            )
+
+    def classification_for_upload(self, upload_sha256: str, model: str) -> str | None:
+        """The sha256 of a classified image whose upload bytes were identical, if any."""
+        value = self._scalar(
+            "SELECT c.sha256 FROM images i JOIN classifications c ON c.sha256 = i.sha256 "
+            "WHERE i.upload_sha256 = ? AND c.model = ? LIMIT 1",
+            (upload_sha256, model),
+        )
+        return str(value) if value is not None else None
+
+    def record_classification(
+        self,
+        *,
+        sha256: str,
+        model: str,
+        labels: Sequence[LabelScore],
+        micro_neurons: int,
+        cache_status: str | None,
+        run_id: int | None,
+        reservation_id: int | None,
+    ) -> None:
+        """Labels, image status and the ledger charge, in one transaction."""
+        now = utc_now()
+        ordered = sorted(labels, key=lambda item: item.score, reverse=True)
+        top = ordered[0] if ordered else None
+        with self._write() as conn:
+            if reservation_id is not None:
+                outcome = "hit" if cache_status == "HIT" else "ok"
+                self._settle(conn, reservation_id, "charged", outcome, micro_neurons)
+            conn.execute(
+                "INSERT OR REPLACE INTO classifications (sha256, model, labels, top_label, top_score, "
+                "micro_neurons, cache_status, classified_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sha256,
+                    model,
+                    json.dumps([{"label": x.label, "score": x.score} for x in ordered]),
+                    top.label if top else None,
+                    top.score if top else None,
+                    micro_neurons,
+                    cache_status,
+                    now,
+                    run_id,
+                ),
+            )
+            conn.execute("DELETE FROM labels WHERE sha256 = ? AND model = ?", (sha256, model))
+            conn.executemany(
+                "INSERT OR REPLACE INTO labels (sha256, model, label, score, rank) VALUES (?, ?, ?, ?, ?)",
+                ((sha256, model, x.label, x.score, rank) for rank, x in enumerate(ordered, 1)),
+            )
+            conn.execute(
+                "UPDATE images SET status = 'done', error = NULL, attempts = attempts + 1, "
+                "updated_at = ? WHERE sha256 = ?",
+                (now, sha256),
+            )
+
+    def copy_classification(self, *, source_sha256: str, sha256: str, model: str, run_id: int | None) -> bool:
+        """Reuse the answer of an identical upload for another image, at no cost."""
+        rows = self._read(
+            "SELECT labels FROM classifications WHERE sha256 = ? AND model = ?", (source_sha256, model)
+        )
+        if not rows:
+            return False
+        labels = [LabelScore(x["label"], x["score"]) for x in json.loads(rows[0][0])]
+        self.record_classification(
+            sha256=sha256,
+            model=model,
+            labels=labels,
+            micro_neurons=0,
+            cache_status="LOCAL",
+            run_id=run_id,
+            reservation_id=None,
+        )
+        return True
+
+    def mark_failed(self, sha256: str, reason: str, *, reservation_id: int | None = None) -> None:
+        with self._write() as conn:
+            if reservation_id is not None:
+                self._settle(conn, reservation_id, "released", "failed", None)
+            conn.execute(
+                "UPDATE images SET status = 'failed', error = ?, attempts = attempts + 1, "
+                "updated_at = ? WHERE sha256 = ?",
+                (reason, utc_now(), sha256),
+            )
+
+    def note_attempt(self, sha256: str, error: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE images SET attempts = attempts + 1, error = ?, updated_at = ? WHERE sha256 = ?",
+                (error, utc_now(), sha256),
+            )
+
+    def counts(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM files WHERE missing = 1), "
+            "(SELECT count(*) FROM images), "
+            "(SELECT count(*) FROM images WHERE status = 'pending'), "
+            "(SELECT count(*) FROM images WHERE status = 'done'), "
+            "(SELECT count(*) FROM images WHERE status = 'failed'), "
+            "(SELECT count(*) FROM classifications)"
+        )
+        keys = ("files", "missing_files", "images", "pending", "done", "failed", "classifications")
+        return dict(zip(keys, (int(v) for v in rows[0]), strict=True))
