@@ -66,13 +66,15 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _progress(enabled: bool, desc: str, unit: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+def _progress(
+    enabled: bool, desc: str, unit: str, total: int | None = None
+) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
     """A tqdm bar on stderr when it is a terminal, else nothing; returns (update, close)."""
     if not enabled or not sys.stderr.isatty():
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(desc=desc, unit=unit, total=total, file=sys.stderr, dynamic_ncols=True)
     return bar.update, bar.close
 
 
@@ -123,6 +125,156 @@ def scan(ctx: click.Context, paths: tuple[str, ...], as_json: bool, quiet: bool)
         click.echo("problems: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in problems.items()))
         for path, reason in data["examples"]:
             click.echo(f"  {path}: {reason}", err=True)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Walk and hash, call nothing; print what a run would send.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary unless something failed.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight (run.concurrency).")
+@click.option("--budget", type=click.FloatRange(min=0), help="Neurons allowed today, for this run only.")
+@click.option("--max-images", type=click.IntRange(min=0), help="Send at most N images in this run.")
+@click.option("--gateway", "gateway_id", help="Send through this AI Gateway (cloudflare.gateway_id).")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    concurrency: int | None,
+    budget: float | None,
+    max_images: int | None,
+    gateway_id: str | None,
+) -> None:
+    """Scan PATHS and classify every new image, within the day's neuron budget.
+
+    Each distinct image is paid for once. When the budget or the account's daily
+    allocation runs out the run stops with exit code 75; run it again after
+    00:00 UTC and it goes on where it stopped.
+
+    \b
+    Example:
+        cfclassify run ~/Pictures
+        cfclassify run --dry-run /mnt/archive
+        cfclassify run --budget 500 --max-images 1000 --json ~/Pictures
+    """
+    from .runner import run as run_pipeline
+
+    settings = _settings(ctx, run__concurrency=concurrency, cloudflare__gateway_id=gateway_id)
+    show = not quiet and not as_json
+    scan_update, scan_close = _progress(show, "scanning", "files")
+    bar: dict[str, Any] = {}
+
+    def progress(report: Any) -> None:
+        if "update" not in bar:
+            scan_close()
+            update, close = _progress(show, "classifying", "images", total=report.pending_at_start)
+            bar.update(update=update, close=close, bar=getattr(update, "__self__", None))
+        if bar["update"] is None:
+            return
+        done = report.classified + report.failed
+        tq = bar["bar"]
+        tq.n = done
+        tq.set_postfix(neurons_left=f"{report.neurons_left:.1f}", refresh=False)
+        tq.refresh()
+
+    try:
+        result = run_pipeline(
+            settings,
+            list(paths),
+            dry_run=dry_run,
+            budget=budget,
+            max_images=max_images,
+            scan_progress=scan_update,
+            progress=progress if show else None,
+        )
+    finally:
+        scan_close()
+        if bar.get("close"):
+            bar["close"]()
+    data = result.as_dict()
+    if as_json:
+        _emit_json(data)
+    elif not quiet or result.exit_code != 0:
+        _print_run_summary(data)
+    ctx.exit(result.exit_code)
+
+
+def _print_run_summary(data: dict[str, Any]) -> None:
+    sc = data["scan"]
+    click.echo(
+        f"scanned {sc['files']} image files: {sc['new_images']} new images, "
+        f"{sc['duplicate_paths']} duplicate paths, {sc['hashed']} read, {sc['cached']} unchanged"
+    )
+    today = data["today"]
+    if "dry_run" in data:
+        est = data["dry_run"]
+        days = "never (the budget cannot pay for one image)" if est["days_needed"] < 0 else est["days_needed"]
+        click.echo(
+            f"would send {est['new_images']} images for {est['neurons']:.6f} neurons; "
+            f"{est['images_today']} fit in today's budget, {est['images_per_day']} a day; "
+            f"days needed: {days}; cost on Workers Paid if sent today: ${est['usd_if_sent_today']:.4f}"
+        )
+        return
+    rn = data["run"]
+    click.echo(
+        f"classified {rn['classified']} images with {rn['requests']} requests "
+        f"({rn['cache_hits']} gateway cache hits, {rn['reused']} identical uploads reused), "
+        f"{rn['failed']} failed, {rn['unknown_outcomes']} unknown outcomes; "
+        f"{rn['neurons']:.6f} neurons in {rn['seconds']:.1f} s"
+    )
+    for reason, count in sorted(rn["failures"].items()):
+        click.echo(f"  failed: {count} x {reason}")
+    click.echo(
+        f"today ({today['day']} UTC): {today['charged_neurons']:.6f} of {today['limit_neurons']:g} neurons "
+        f"charged, {today['left_neurons']:.6f} left; resets {today['resets_at']}"
+    )
+    if rn["left"]:
+        click.echo(f"{rn['left']} images left to classify: {rn['stop_message'] or rn['stop_reason']}")
+        click.echo("run the same command again later to go on where this run stopped")
+    else:
+        click.echo("done: nothing left to classify under these paths")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="0 picks one.")
+@click.option("--token", help="Require this bearer token (default: any non-empty token passes).")
+@click.option("--latency-ms", default=0.0, type=click.FloatRange(min=0), help="Fixed latency per request.")
+@click.option("--jitter-ms", default=0.0, type=click.FloatRange(min=0), help="Up to this much more latency.")
+@click.option("--error-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of HTTP 500 answers.")
+@click.option("--rate-limit-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of 429 (3040/3021).")
+@click.option("--retry-after", default=1.0, type=click.FloatRange(min=0), help="Retry-After seconds on 429.")
+@click.option("--drop-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of dropped connections.")
+@click.option(
+    "--hang-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of requests never answered."
+)
+@click.option("--hang-seconds", default=30.0, type=click.FloatRange(min=0), help="How long a hang lasts.")
+@click.option("--rpm", default=0, type=click.IntRange(min=0), help="Per-minute rate limit, 3021 past it.")
+@click.option("--daily-neurons", default=0.0, type=click.FloatRange(min=0), help="Daily cap, 3036 past it.")
+@click.option("--max-bytes", default=10 * 1024 * 1024, type=click.IntRange(min=1), help="413/3006 above.")
+@click.option("--seed", type=int, help="Seed for the fault dice (labels are always deterministic).")
+def emulate(**options: Any) -> None:
+    """Serve a local stand-in for Workers AI's resnet-50 (for demos, tests, benchmarks).
+
+    It speaks the documented contract (both body forms, errors, the AI Gateway route
+    and cache headers) and returns 5 deterministic ImageNet labels per image: it is
+    clearly not a model. Counters at GET /__emulator/stats.
+
+    \b
+    Example:
+        cfclassify emulate --port 8787 --latency-ms 100 --daily-neurons 10000
+        CLOUDFLARE_BASE_URL=http://127.0.0.1:8787/client/v4 cfclassify run ~/Pictures
+    """
+    from .emulator import EmulatorOptions, serve
+
+    def ready(emulator: Any) -> None:
+        click.echo(f"Workers AI stand-in listening on {emulator.url}", err=True)
+        click.echo(f"export CLOUDFLARE_BASE_URL={emulator.api_base}", err=True)
+
+    serve(EmulatorOptions(**options), on_ready=ready)
 
 
 def main() -> None:

@@ -65,6 +65,15 @@ class PendingImage:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadInfo:
+    sha256: str
+    size: int
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
 class LabelScore:
     label: str
     score: float
@@ -80,6 +89,18 @@ def _known(row: sqlite3.Row) -> KnownFile:
         device=row["device"],
         missing=bool(row["missing"]),
     )
+
+
+def _under_roots(roots: Sequence[str]) -> tuple[str, list[Any]]:
+    """A WHERE clause on ``f.path`` matching files at or under any of ``roots``."""
+    if not roots:
+        return "1", []
+    clauses, params = [], []
+    for root in roots:
+        prefix = root.rstrip("/") + "/"
+        clauses.append("(f.path = ? OR substr(f.path, 1, ?) = ?)")
+        params += [root, len(prefix), prefix]
+    return "(" + " OR ".join(clauses) + ")", params
 
 
 @contextlib.contextmanager
@@ -357,36 +378,38 @@ class Store:
 
     # -- images and classifications --------------------------------------------------------------
 
-    def pending_images(self, model: str, *, after: str = "", limit: int = PAGE) -> list[PendingImage]:
-        """Pending images (sha256 order, from ``after``) with one present path each."""
+    def pending_images(
+        self, model: str, roots: Sequence[str] = (), *, after: str = "", limit: int = PAGE
+    ) -> list[PendingImage]:
+        """Pending images under ``roots`` (all when empty), sha256 order from ``after``, one path each."""
+        where, params = _under_roots(roots)
         rows = self._read(
-            "SELECT i.sha256, f.path, i.size, i.attempts FROM images i "
-            "JOIN files f ON f.path = (SELECT path FROM files WHERE sha256 = i.sha256 AND missing = 0 "
-            "ORDER BY path LIMIT 1) "
-            "WHERE i.status = 'pending' AND i.sha256 > ? "
+            "SELECT i.sha256, (SELECT min(f.path) FROM files f WHERE f.sha256 = i.sha256 "
+            f"AND f.missing = 0 AND {where}) AS path, i.size, i.attempts FROM images i "
+            "WHERE i.status = 'pending' AND i.sha256 > ? AND path IS NOT NULL "
             "AND NOT EXISTS (SELECT 1 FROM classifications c WHERE c.sha256 = i.sha256 AND c.model = ?) "
             "ORDER BY i.sha256 LIMIT ?",
-            (after, model, limit),
+            (*params, after, model, limit),
         )
         return [PendingImage(r[0], r[1], r[2], r[3]) for r in rows]
 
-    def count_pending(self) -> int:
+    def count_pending(self, roots: Sequence[str] = ()) -> int:
+        where, params = _under_roots(roots)
         return int(
             self._scalar(
-                "SELECT count(*) FROM images i WHERE i.status = 'pending' "
-                "AND EXISTS (SELECT 1 FROM files f WHERE f.sha256 = i.sha256 AND f.missing = 0)"
+                "SELECT count(*) FROM images i WHERE i.status = 'pending' AND EXISTS "
+                f"(SELECT 1 FROM files f WHERE f.sha256 = i.sha256 AND f.missing = 0 AND {where})",
+                params,
             )
         )
 
-    def set_upload_info(
-        self, sha256: str, *, upload_sha256: str, upload_bytes: int, fmt: str, width: int, height: int
-    ) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE images SET upload_sha256 = ?, upload_bytes = ?, format = ?, width = ?, "
-                "height = ?, updated_at = ? WHERE sha256 = ?",
-                (upload_sha256, upload_bytes, fmt, width, height, utc_now(), sha256),
-            )
+    @staticmethod
+    def _set_upload(conn: sqlite3.Connection, sha256: str, upload: UploadInfo) -> None:
+        conn.execute(
+            "UPDATE images SET upload_sha256 = ?, upload_bytes = ?, format = ?, width = ?, "
+            "height = ? WHERE sha256 = ?",
+            (upload.sha256, upload.size, upload.format, upload.width, upload.height, sha256),
+        )
 
     def classification_for_upload(self, upload_sha256: str, model: str) -> str | None:
         """The sha256 of a classified image whose upload bytes were identical, if any."""
@@ -407,8 +430,9 @@ class Store:
         cache_status: str | None,
         run_id: int | None,
         reservation_id: int | None,
+        upload: UploadInfo | None = None,
     ) -> None:
-        """Labels, image status and the ledger charge, in one transaction."""
+        """Labels, image status, upload details and the ledger charge, in one transaction."""
         now = utc_now()
         ordered = sorted(labels, key=lambda item: item.score, reverse=True)
         top = ordered[0] if ordered else None
@@ -441,8 +465,18 @@ class Store:
                 "updated_at = ? WHERE sha256 = ?",
                 (now, sha256),
             )
+            if upload is not None:
+                self._set_upload(conn, sha256, upload)
 
-    def copy_classification(self, *, source_sha256: str, sha256: str, model: str, run_id: int | None) -> bool:
+    def copy_classification(
+        self,
+        *,
+        source_sha256: str,
+        sha256: str,
+        model: str,
+        run_id: int | None,
+        upload: UploadInfo | None = None,
+    ) -> bool:
         """Reuse the answer of an identical upload for another image, at no cost."""
         rows = self._read(
             "SELECT labels FROM classifications WHERE sha256 = ? AND model = ?", (source_sha256, model)
@@ -458,6 +492,7 @@ class Store:
             cache_status="LOCAL",
             run_id=run_id,
             reservation_id=None,
+            upload=upload,
         )
         return True
 
