@@ -1,0 +1,5 @@
+"""``python -m cfclassify``: the same as the ``cfclassify`` command."""
+
+from .cli import main
+
+main()
