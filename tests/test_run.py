@@ -186,7 +186,8 @@ def test_hostile_files_fail_with_reasons_and_the_rest_completes(
         os.path.basename(path): error
         for path, error in db_rows(
             db,
-            "SELECT f.path, i.error FROM files f JOIN images i ON i.sha256 = f.sha256 WHERE i.status = 'failed'",
+            "SELECT f.path, i.error FROM files f JOIN images i ON i.sha256 = f.sha256 "
+            "WHERE i.status = 'failed'",
         )
     }
     done = {
