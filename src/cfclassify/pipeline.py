@@ -148,21 +148,32 @@ class Pipeline:
         prep_q: asyncio.Queue[PendingImage | None] = asyncio.Queue(maxsize=2 * concurrency)
         send_q: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=concurrency)
         pool = ThreadPoolExecutor(max_workers=self.prepare_workers, thread_name_prefix="prepare")
-        try:
-            feeder = asyncio.create_task(self._feed(prep_q))
-            preparers = [
-                asyncio.create_task(self._prepare(prep_q, send_q, pool)) for _ in range(self.prepare_workers)
-            ]
-            senders = [asyncio.create_task(self._send(send_q)) for _ in range(concurrency)]
+        feeder = asyncio.create_task(self._feed(prep_q))
+        preparers = [
+            asyncio.create_task(self._prepare(prep_q, send_q, pool)) for _ in range(self.prepare_workers)
+        ]
+        senders = [asyncio.create_task(self._send(send_q)) for _ in range(concurrency)]
+
+        async def end_of_input() -> None:
+            # Each stage hears "no more" once the stage before it has finished.
             await feeder
             for _ in preparers:
-                await self._put(prep_q, None)
+                await prep_q.put(None)
             await asyncio.gather(*preparers)
             for _ in senders:
-                await self._put(send_q, None)
-            await self._drain(senders)
+                await send_q.put(None)
+
+        closer = asyncio.create_task(end_of_input())
+        stages = [closer, feeder, *preparers, *senders]
+        watchdog = asyncio.create_task(self._cancel_after_stop(stages))
+        try:
+            results = await asyncio.gather(closer, *senders, return_exceptions=True)
         finally:
+            watchdog.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
         self.report.left = self.store.count_pending(self.roots)
         if self._stop is not None:
             self.report.stop_reason = self._stop.reason
@@ -176,42 +187,22 @@ class Pipeline:
         return self.report
 
     async def _put(self, queue: asyncio.Queue[Any], item: Any) -> None:
-        """Put, unless the run is stopping and nobody will take it (then drop it)."""
-        while True:
-            try:
-                queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:
-                if self.stopping.is_set() and item is not None:
-                    return
-                if self.stopping.is_set():
-                    # Make room for the end marker: queued work stays pending in the database.
-                    try:
-                        queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        pass
-                    continue
-                await asyncio.sleep(0.005)
+        """Queue work, unless the run is stopping: then the image simply stays pending."""
+        if not self.stopping.is_set():
+            await queue.put(item)
 
-    async def _drain(self, senders: list[asyncio.Task[None]]) -> None:
-        """Wait for the senders; once the run is stopping, give them ``drain_timeout`` seconds."""
-        watchdog = asyncio.create_task(self._cancel_after_stop(senders))
-        try:
-            results = await asyncio.gather(*senders, return_exceptions=True)
-        finally:
-            watchdog.cancel()
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+    async def _cancel_after_stop(self, stages: list[asyncio.Task[None]]) -> None:
+        """Once the run is stopping, give in-flight requests ``drain_timeout`` seconds, then cancel.
 
-    async def _cancel_after_stop(self, senders: list[asyncio.Task[None]]) -> None:
+        A cancelled request keeps its reservation as a charge (the body may have gone out).
+        """
         await self.stopping.wait()
         await asyncio.sleep(self.settings.run.drain_timeout)
-        if any(not t.done() for t in senders):
+        if any(not t.done() for t in stages):
             log.warning(
                 "requests still in flight after %.0f s: abandoning them", self.settings.run.drain_timeout
             )
-        for task in senders:
+        for task in stages:
             task.cancel()
 
     # -- stages ---------------------------------------------------------------------------------
