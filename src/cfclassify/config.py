@@ -264,7 +264,12 @@ def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settin
 
 
 def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
-    """Turn a TOML value, an environment string or a flag into the annotated type, or say why not."""
+    """Turn a TOML value, an environment string or a flag into the annotated type, or say why not.
+
+    Only environment variables are text by nature: there "8" is a number and "yes" a boolean. In
+    a TOML file a string where a number belongs is a mistake worth reporting.
+    """
+    from_text = source == "environment"
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -278,7 +283,7 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be one of {choices}, not {value!r}")
         return value
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
+        items = value.split(",") if from_text and isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{source}: {key} must be a list of strings")
         return tuple(i.strip() for i in items if i.strip())
@@ -287,11 +292,12 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
+        truthy, falsy = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+        if from_text and isinstance(value, str) and value.lower() in truthy + falsy:
+            return value.lower() in truthy
         raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
     if hint in (int, float):
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not from_text):
             raise ConfigError(f"{source}: {key} must be a number, not {value!r}")
         try:
             number = hint(value)

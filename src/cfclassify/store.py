@@ -236,7 +236,7 @@ class Store:
                 "ON CONFLICT(path) DO UPDATE SET dir=excluded.dir, root=excluded.root, "
                 "sha256=excluded.sha256, size=excluded.size, mtime_ns=excluded.mtime_ns, "
                 "inode=excluded.inode, device=excluded.device, last_seen=excluded.last_seen, "
-                "missing=0, error=NULL",
+                "error=NULL",
                 (
                     (f.path, f.dir, f.root, f.sha256, f.size, f.mtime_ns, f.inode, f.device, now, now)
                     for f in changed
@@ -524,3 +524,167 @@ class Store:
         )
         keys = ("files", "missing_files", "images", "pending", "done", "failed", "classifications")
         return dict(zip(keys, (int(v) for v in rows[0]), strict=True))
+
+    # -- reports: status, export, search, labels ---------------------------------------------------
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[sqlite3.Row]:
+        """Rows one batch at a time from one cursor: memory stays flat however many match."""
+        with _converted(self.path):
+            cursor = self.conn.execute(sql, params)
+            cursor.row_factory = sqlite3.Row
+            try:
+                while batch := cursor.fetchmany(PAGE):
+                    yield from batch
+            finally:
+                cursor.close()
+
+    def day_totals(self, first_day: str, last_day: str) -> list[DayTotal]:
+        """Charged and reserved micro-neurons per UTC day from ``first_day`` to ``last_day``."""
+        rows = self._read(
+            "SELECT day, coalesce(sum(CASE WHEN state = 'charged' THEN micro_neurons END), 0), "
+            "coalesce(sum(CASE WHEN state = 'reserved' THEN micro_neurons END), 0) "
+            "FROM ledger WHERE day BETWEEN ? AND ? GROUP BY day ORDER BY day",
+            (first_day, last_day),
+        )
+        return [DayTotal(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    def failure_counts(self) -> list[tuple[str, int]]:
+        """Failed images by reason, most frequent first."""
+        rows = self._read(
+            "SELECT coalesce(error, 'unknown') AS reason, count(*) AS n FROM images "
+            "WHERE status = 'failed' GROUP BY reason ORDER BY n DESC, reason"
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        """The last ``limit`` runs, newest first."""
+        rows = self._read(
+            "SELECT id, command, started_at, finished_at, roots, status, exit_code, counts "
+            "FROM runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            RunRecord(
+                id=r["id"],
+                command=r["command"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                roots=tuple(json.loads(r["roots"] or "[]")),
+                status=r["status"],
+                exit_code=r["exit_code"],
+                counts=json.loads(r["counts"]) if r["counts"] else {},
+            )
+            for r in rows
+        ]
+
+    def file_rows_page(self, model: str, *, after: str = "", limit: int = PAGE) -> list[FileLabels]:
+        """Present files in path order after ``after``, each with its image's labels for ``model``."""
+        rows = self._read(
+            "SELECT f.path, f.dir, f.sha256, i.status, i.error, c.top_label, c.top_score, c.labels, "
+            "c.micro_neurons, c.classified_at FROM files f "
+            "LEFT JOIN images i ON i.sha256 = f.sha256 "
+            "LEFT JOIN classifications c ON c.sha256 = f.sha256 AND c.model = ? "
+            "WHERE f.missing = 0 AND f.path > ? ORDER BY f.path LIMIT ?",
+            (model, after, limit),
+        )
+        return [
+            FileLabels(
+                path=r["path"],
+                dir=r["dir"],
+                sha256=r["sha256"],
+                status=r["status"],
+                error=r["error"],
+                top_label=r["top_label"],
+                top_score=r["top_score"],
+                labels=tuple(LabelScore(x["label"], x["score"]) for x in json.loads(r["labels"] or "[]")),
+                micro_neurons=r["micro_neurons"],
+                classified_at=r["classified_at"],
+            )
+            for r in rows
+        ]
+
+    def iter_file_rows(self, model: str, *, page: int = PAGE) -> Iterator[FileLabels]:
+        """Every present file with its labels, paged by path (keyset): constant memory, no long read."""
+        after = ""
+        while rows := self.file_rows_page(model, after=after, limit=page):
+            yield from rows
+            after = rows[-1].path
+
+    def sibling_paths(self, directory: str, prefix: str) -> list[str]:
+        """Present files in ``directory`` whose path starts with ``prefix`` (sidecar name clashes)."""
+        rows = self._read(
+            "SELECT path FROM files WHERE dir = ? AND missing = 0 AND substr(path, 1, ?) = ?",
+            (directory, len(prefix), prefix),
+        )
+        return [str(r[0]) for r in rows]
+
+    def iter_paths_with_label(
+        self, model: str, label: str, *, min_score: float = 0.0, pattern: bool = False
+    ) -> Iterator[str]:
+        """Present paths whose image carries ``label`` (any case) at ``min_score`` or more.
+
+        With ``pattern``, ``label`` is a LIKE pattern (``%`` and ``_``, ``\\`` escapes).
+        """
+        match = "l.label LIKE ? ESCAPE '\\'" if pattern else "l.label = ?"
+        for row in self._stream(
+            "SELECT DISTINCT f.path FROM labels l JOIN files f ON f.sha256 = l.sha256 "
+            f"WHERE l.model = ? AND {match} AND l.score >= ? AND f.missing = 0 ORDER BY f.path",
+            (model, label, min_score),
+        ):
+            yield str(row[0])
+
+    def top_label_counts(self, model: str, limit: int) -> list[LabelCount]:
+        """The most frequent top labels: distinct images and present files carrying each."""
+        rows = self._read(
+            "SELECT min(c.top_label) AS label, count(DISTINCT c.sha256) AS images, count(*) AS files "
+            "FROM classifications c JOIN files f ON f.sha256 = c.sha256 AND f.missing = 0 "
+            "WHERE c.model = ? AND c.top_label IS NOT NULL "
+            "GROUP BY c.top_label COLLATE NOCASE ORDER BY images DESC, files DESC, label LIMIT ?",
+            (model, limit),
+        )
+        return [LabelCount(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+
+# Records returned by the report queries above.
+
+
+@dataclass(frozen=True, slots=True)
+class DayTotal:
+    day: str
+    charged: int  # micro-neurons
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    command: str
+    started_at: str
+    finished_at: str | None
+    roots: tuple[str, ...]
+    status: str
+    exit_code: int | None
+    counts: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FileLabels:
+    """One present file and what its image was classified as (None: not classified yet)."""
+
+    path: str
+    dir: str
+    sha256: str | None
+    status: str | None
+    error: str | None
+    top_label: str | None
+    top_score: float | None
+    labels: tuple[LabelScore, ...]  # highest score first
+    micro_neurons: int | None
+    classified_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelCount:
+    label: str
+    images: int
+    files: int
