@@ -277,5 +277,156 @@ def emulate(**options: Any) -> None:
     serve(EmulatorOptions(**options), on_ready=ready)
 
 
+def _open_existing(settings: Settings) -> Store:
+    """The database for a report; a missing file is an error, not a new empty database."""
+    from pathlib import Path
+
+    from .errors import StoreError
+
+    if settings.db != ":memory:" and not Path(settings.db).expanduser().exists():
+        raise StoreError(
+            f"no database at {settings.db}: run `cfclassify run PATH` first, or point --db at one"
+        )
+    return Store(settings.db)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(min=0), help="Last runs to show.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, runs: int) -> None:
+    """Show today's neuron budget, what is left to classify, the cost, failures and the last runs.
+
+    Neurons are today's (UTC) charged, reserved and left; the cost is what Workers Paid would
+    bill: max(0, day's neurons - 10000) x $0.011 / 1000, summed over the month's days.
+
+    \b
+    Example:
+        cfclassify status
+        cfclassify --db archive.db status --json
+    """
+    from .reports import render_status
+    from .reports import status as status_report
+
+    settings = _settings(ctx)
+    with _open_existing(settings) as store:
+        report = status_report(store, settings, recent_runs=runs)
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    for line in render_status(report):
+        click.echo(line)
+
+
+@cli.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl", "xmp"]), default="csv", show_default=True,
+    help="csv or jsonl: one row per file path; xmp: a sidecar beside each classified image.",
+)  # fmt: skip
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), help="File (default: stdout)."
+)
+@click.option("--min-score", type=click.FloatRange(0, 1), help="xmp: only labels at this score or more.")
+@click.option("--force", is_flag=True, help="xmp: replace existing sidecars that cannot be parsed.")
+@click.pass_context
+def export(ctx: click.Context, fmt: str, output: str | None, min_score: float | None, force: bool) -> None:
+    """Export every file path with its labels, or write XMP sidecars for photo managers.
+
+    csv and jsonl: one row per path (duplicates included): path, sha256, status, error,
+    top label and score, all labels with scores, neurons and when it was classified.
+    xmp: photo.jpg.xmp beside each image (xmp.sidecar_name = "replace" for photo.xmp) with
+    the labels scoring xmp.min_score or more as keywords (dc:subject, and under the root tag
+    lr:hierarchicalSubject and digiKam:TagsList). Images are never touched. An existing
+    sidecar is merged in place: only the keywords cfclassify wrote change, everything else
+    stays; one that cannot be parsed is left alone unless --force.
+
+    \b
+    Example:
+        cfclassify export -o labels.csv
+        cfclassify export --format jsonl | jq .top_label
+        cfclassify export --format xmp --min-score 0.3
+    """
+    from .export import export_xmp, write_csv, write_jsonl
+
+    settings = _settings(ctx)
+    if fmt == "xmp":
+        if output is not None:
+            raise click.UsageError("--output does not apply to --format xmp: sidecars go beside the images")
+        with _open_existing(settings) as store:
+            report = export_xmp(store, settings, min_score=min_score, force=force)
+        data = report.as_dict()
+        click.echo(
+            f"sidecars: {data['created']} created, {data['updated']} updated, {data['unchanged']} "
+            f"unchanged, {data['replaced']} replaced, {data['unreadable']} left alone (unreadable), "
+            f"{data['name_clashes']} name clashes, {data['failed']} failed; {data['no_labels']} images "
+            f"without labels at the threshold, {data['not_classified']} not classified"
+        )
+        ctx.exit(1 if report.failed else 0)
+    if min_score is not None or force:
+        raise click.UsageError("--min-score and --force apply to --format xmp only")
+    writer = write_csv if fmt == "csv" else write_jsonl
+    with (
+        _open_existing(settings) as store,
+        click.open_file(output or "-", "w", encoding="utf-8", atomic=output not in (None, "-")) as out,
+    ):
+        writer(store.iter_file_rows(settings.cloudflare.model), out)
+
+
+@cli.command()
+@click.argument("label")
+@click.option(
+    "--min-score", default=0.0, type=click.FloatRange(0, 1), help="Only labels scoring this or more."
+)
+@click.option("-0", "--print0", is_flag=True, help="End each path with NUL, for xargs -0.")
+@click.pass_context
+def search(ctx: click.Context, label: str, min_score: float, print0: bool) -> None:
+    """Print the paths of images labelled LABEL (any case; * and ? are wildcards).
+
+    Every label returned for an image counts, not only the top one.
+
+    \b
+    Example:
+        cfclassify search tabby
+        cfclassify search '*retriever' --min-score 0.5
+        cfclassify search "golden retriever" -0 | xargs -0 ls -l
+    """
+    from .reports import search as search_paths
+
+    settings = _settings(ctx)
+    end = "\0" if print0 else "\n"
+    found = 0
+    with _open_existing(settings) as store:
+        for path in search_paths(store, settings, label, min_score=min_score):
+            click.echo(path + end, nl=False)
+            found += 1
+    if not found:
+        log.warning("no image is labelled %r at a score of %g or more", label, min_score)
+
+
+@cli.command()
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="How many labels.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+def labels(ctx: click.Context, top: int, as_json: bool) -> None:
+    """Show the most frequent top labels: how many images (and file paths) carry each.
+
+    \b
+    Example:
+        cfclassify labels
+        cfclassify labels --top 100 --json
+    """
+    from .reports import top_labels
+
+    settings = _settings(ctx)
+    with _open_existing(settings) as store:
+        counts = top_labels(store, settings, top)
+    if as_json:
+        _emit_json([{"label": c.label, "images": c.images, "files": c.files} for c in counts])
+        return
+    click.echo(f"{'images':>7} {'files':>7}  label")
+    for c in counts:
+        click.echo(f"{c.images:>7} {c.files:>7}  {c.label}")
+
+
 def main() -> None:
     cli(prog_name="cfclassify")
