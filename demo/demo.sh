@@ -39,7 +39,7 @@ code=$?
 echo "exit code: $code (75 = stopped early, safe to rerun)"
 
 say "cfclassify status"
-"$CFC" status 2>/dev/null || echo "(status is not available in this build)"
+"$CFC" status
 
 say "cfclassify run again, with the default budget: it goes on where it stopped"
 "$CFC" run "$WORK/photos"
@@ -47,7 +47,12 @@ code2=$?
 echo "exit code: $code2 (0 = nothing left to classify)"
 
 say "cfclassify status"
-"$CFC" status 2>/dev/null || true
+"$CFC" status
+
+say "cfclassify labels --top 5, and a search for the most common one"
+"$CFC" labels --top 5
+TOP=$("$CFC" labels --top 1 --json | "$PY" -c "import json,sys; d=json.load(sys.stdin); print(d[0]['label'] if isinstance(d, list) else d['labels'][0]['label'])")
+"$CFC" search "$TOP" | head -5
 
 say "what the stand-in billed (each distinct image exactly once)"
 curl -s "$URL/__emulator/stats" | "$PY" -c "import json,sys; s=json.load(sys.stdin); print({k: s[k] for k in ('requests','billed_images','distinct_billed','paid_twice','neurons')})"
