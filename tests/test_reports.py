@@ -99,9 +99,7 @@ def _store_with_history(tmp_path: Path) -> Store:
             store.settle(rid, state="charged", outcome="ok")
     # One reservation still open today: it counts as spent.
     assert store.reserve(day="2026-03-15", cost=1_000 * MICRO, limit=10**15, run_id=None, sha256=None)
-    store.begin_scan()
     store.record_scan_batch(
-        ["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"],
         [
             FileRecord("/p/a.jpg", "/p", "/p", "a" * 64, 1, 1, 1, 1),
             FileRecord("/p/b.jpg", "/p", "/p", "b" * 64, 1, 1, 2, 1),
@@ -169,10 +167,8 @@ def test_status_on_an_empty_database(tmp_path: Path) -> None:
 def labelled(tmp_path: Path) -> Iterator[Store]:
     """Three images at four paths (one missing), with labels whose scores are known."""
     store = Store(tmp_path / "labelled.db")
-    store.begin_scan()
     files = [("/p/cat.jpg", "1"), ("/p/copy of cat.jpg", "1"), ("/p/dog.jpg", "2"), ("/p/gone.jpg", "3")]
     store.record_scan_batch(
-        [p for p, _ in files],
         [FileRecord(p, "/p", "/p", s * 64, 1, 1, i, 1) for i, (p, s) in enumerate(files)],
     )
     answers = {
@@ -185,9 +181,7 @@ def labelled(tmp_path: Path) -> Iterator[Store]:
             sha256=sha * 64, model=MODEL, labels=labels, micro_neurons=COST,
             cache_status="MISS", run_id=None, reservation_id=None,
         )  # fmt: skip
-    store.begin_scan()
-    store.record_scan_batch([p for p, _ in files[:3]], [])
-    store.finish_scan(["/p"])  # gone.jpg is missing now
+    store.record_scan_batch([], gone=["/p/gone.jpg"])  # as a rescan finds it gone
     yield store
     store.close()
 

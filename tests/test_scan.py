@@ -235,6 +235,30 @@ def test_deleted_file_is_marked_missing_and_its_image_kept(
     assert again.missing == 0  # counted once, when it went missing
 
 
+def test_files_of_a_deleted_or_excluded_folder_are_marked_missing(
+    tmp_tree: Callable[..., Path], store: Store
+) -> None:
+    root = tmp_tree({"keep/a.jpg": b"one", "gone/deep/b.jpg": b"two", "later/c.jpg": b"three"})
+    do_scan(root, store)
+    shutil.rmtree(root / "gone")
+    report = do_scan(root, store, WalkSettings(exclude=("later",)))
+    assert report.missing == 2
+    assert table(store, "SELECT path FROM files WHERE missing = 1 ORDER BY path") == [
+        (str(root / "gone" / "deep" / "b.jpg"),),
+        (str(root / "later" / "c.jpg"),),
+    ]
+
+
+def test_a_file_given_as_root_marks_none_of_its_neighbours_missing(
+    tmp_tree: Callable[..., Path], store: Store
+) -> None:
+    root = tmp_tree({"a.jpg": b"one", "b.jpg": b"two"})
+    do_scan(root, store)
+    report = do_scan(root / "a.jpg", store)
+    assert report.missing == 0 and report.cached == 1
+    assert count(store, "SELECT count(*) FROM files WHERE missing = 1") == 0
+
+
 def test_moved_back_file_returns_without_a_read(
     tmp_tree: Callable[..., Path], tmp_path: Path, store: Store, reads: ReadSpy
 ) -> None:

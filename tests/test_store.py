@@ -37,8 +37,7 @@ def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def add_image(store: Store, sha: str, path: str = "/p/a.jpg") -> None:
     record = FileRecord(path=path, dir="/p", root="/p", sha256=sha, size=3, mtime_ns=1, inode=1, device=1)
-    store.begin_scan()
-    store.record_scan_batch([path], [record])
+    store.record_scan_batch([record])
 
 
 # -- opening and migrations --------------------------------------------------------------------

@@ -74,6 +74,13 @@ def test_found_file_carries_stat_data_and_batches_per_folder(tmp_tree: Callable[
     assert all(d.root == str(root) for d in dirs)
 
 
+def test_a_file_given_as_root_is_an_incomplete_folder(tmp_tree: Callable[..., Path]) -> None:
+    root = tmp_tree({"a.jpg": JPEG, "b.jpg": JPEG})
+    (batch,) = iter_directories([str(root / "a.jpg")], WalkSettings())
+    # Its folder was not listed, so the scan must not mark b.jpg missing because of it.
+    assert batch.complete is False and [f.name for f in batch.files] == ["a.jpg"]
+
+
 def test_hidden_entries_skipped_by_default(tmp_tree: Callable[..., Path]) -> None:
     root = tmp_tree({".hidden/a.jpg": JPEG, ".b.jpg": JPEG, "c.jpg": JPEG})
     paths, report = walk(root)
@@ -352,6 +359,8 @@ def test_walk_streams_one_folder_at_a_time(
 
     monkeypatch.setattr(os, "scandir", scandir)
     it = iter_directories([str(root)], WalkSettings())
+    top = next(it)  # every folder walked is yielded, empty ones too (the scan marks what left them)
+    assert (top.path, top.files, top.complete) == (str(root), [], True)
     first = next(it)
     assert first.path == str(root / "d00")
     assert len(listed) == 2  # the root and d00, not the 19 folders still to come

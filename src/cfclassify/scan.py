@@ -7,8 +7,11 @@ that is new but whose (device, inode, size, mtime_ns) matches a recorded file el
 or rename within the roots and inherits that file's hash without a read. Everything else is
 hashed on the thread pool in ``hashing.py``. Writes go in batches, one transaction each.
 
-At the end, recorded files under the roots that were not seen are marked missing (their images
-and labels stay), and files seen again after going missing are marked present.
+A folder's recorded files that are no longer in it are marked missing as the folder is walked
+(their images and labels stay); at the end, so are the files of recorded folders under the roots
+that the walk never reached (deleted, or now excluded). Files seen again are marked present.
+Unchanged files are not written: a rescan of an unchanged tree reads and writes nothing but the
+directory listings, their stat data and one query per folder.
 """
 
 from __future__ import annotations
@@ -80,13 +83,18 @@ def scan(
     report = ScanReport()
     abs_roots = [os.path.abspath(r) for r in roots]
     seen_images: set[str] = set()
-    store.begin_scan()
+    visited: set[str] = set()
+    # On a first scan there is nothing to have moved from: skip the per-file rename lookup.
+    may_have_moved = store.has_files()
 
-    seen: list[str] = []
+    pending = 0
     to_hash: list[tuple[tuple[str, FoundFile], str]] = []
     ready: list[FileRecord] = []
+    gone: list[str] = []
+    returned: list[str] = []
 
     def flush() -> None:
+        nonlocal pending
         for (root, found), digest in hash_files(to_hash, workers=hash_workers):
             if isinstance(digest, OSError):
                 report.unreadable += 1
@@ -97,35 +105,51 @@ def scan(
                 continue
             report.hashed += 1
             ready.append(_record(root, found, digest))
-        to_hash.clear()
         for record in ready:
             _count_image(record.sha256, report, seen_images)
-        report.new_images += store.record_scan_batch(seen, ready)
+        report.new_images += store.record_scan_batch(ready, gone=gone, returned=returned)
+        report.missing += len(gone)
         if progress:
-            progress(len(seen))
-        seen.clear()
-        ready.clear()
+            progress(pending)
+        for batch in (to_hash, ready, gone, returned):
+            batch.clear()
+        pending = 0
 
     for directory in iter_directories(abs_roots, settings, report.walk):
         known = store.known_files_in_dir(directory.path)
+        found_paths: set[str] = set()
         for found in directory.files:
             report.files += 1
-            seen.append(found.path)
+            pending += 1
+            found_paths.add(found.path)
             row = known.get(found.path)
+            if row is not None and row.missing:
+                report.returned += 1
             if row is not None and row.sha256 and _unchanged(row.size, row.mtime_ns, row.inode, found):
                 report.cached += 1
                 _count_image(row.sha256, report, seen_images)
+                if row.missing:
+                    returned.append(found.path)
                 continue
-            moved = store.find_moved(found.device, found.inode, found.size, found.mtime_ns, found.path)
+            moved = (
+                store.find_moved(found.device, found.inode, found.size, found.mtime_ns, found.path)
+                if may_have_moved
+                else None
+            )
             if moved is not None and moved.sha256:
                 report.moved += 1
                 ready.append(_record(directory.root, found, moved.sha256))
                 continue
             to_hash.append(((directory.root, found), found.path))
-        if len(seen) >= BATCH:
+        if directory.complete:
+            visited.add(directory.path)
+            gone.extend(p for p, row in known.items() if not row.missing and p not in found_paths)
+        if pending >= BATCH or len(gone) >= BATCH:
             flush()
     flush()
-    report.missing, report.returned = store.finish_scan(abs_roots)
+    # Only folders given as roots were listed in full; a root that is gone (an unmounted disk, say)
+    # marks nothing missing.
+    report.missing += store.finish_scan([r for r in abs_roots if os.path.isdir(r)], visited)
     # Images counted as known in _count_image may have been recorded as new in this very scan.
     report.known_images = len(seen_images) - report.new_images
     return report

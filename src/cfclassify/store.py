@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
@@ -33,15 +33,16 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True, slots=True)
-class KnownFile:
+class KnownFile(NamedTuple):
+    """A recorded file, as the stat cache compares it (a tuple: built 100,000 times a rescan)."""
+
     path: str
     sha256: str | None
     size: int
     mtime_ns: int
     inode: int
     device: int
-    missing: bool
+    missing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +78,6 @@ class UploadInfo:
 class LabelScore:
     label: str
     score: float
-
-
-def _known(row: sqlite3.Row) -> KnownFile:
-    return KnownFile(
-        path=row["path"],
-        sha256=row["sha256"],
-        size=row["size"],
-        mtime_ns=row["mtime_ns"],
-        inode=row["inode"],
-        device=row["device"],
-        missing=bool(row["missing"]),
-    )
 
 
 def _under_roots(roots: Sequence[str]) -> tuple[str, list[Any]]:
@@ -195,11 +184,13 @@ class Store:
     # -- scan: the stat cache -------------------------------------------------------------------
 
     def known_files_in_dir(self, directory: str) -> dict[str, KnownFile]:
-        rows = self._read(
-            "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files WHERE dir = ?",
-            (directory,),
-        )
-        return {r["path"]: _known(r) for r in rows}
+        with _converted(self.path):
+            rows = self.conn.execute(
+                "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files WHERE dir = ?",
+                (directory,),
+            ).fetchall()
+        make = KnownFile._make
+        return {r[0]: make(r) for r in rows}
 
     def find_moved(self, device: int, inode: int, size: int, mtime_ns: int, path: str) -> KnownFile | None:
         """A recorded file with this identity at another path: a move or rename within the roots."""
@@ -209,20 +200,27 @@ class Store:
             "AND sha256 IS NOT NULL LIMIT 1",
             (device, inode, size, mtime_ns, path),
         )
-        return _known(rows[0]) if rows else None
+        return KnownFile._make(rows[0]) if rows else None
 
-    def begin_scan(self) -> None:
-        """Start collecting the paths this scan saw, to mark the others missing at the end."""
-        with _converted(self.path):
-            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (path TEXT PRIMARY KEY)")
-            self.conn.execute("DELETE FROM temp.seen")
-            self.conn.commit()
+    def has_files(self) -> bool:
+        return self._scalar("SELECT 1 FROM files LIMIT 1") is not None
 
-    def record_scan_batch(self, seen: Sequence[str], changed: Sequence[FileRecord]) -> int:
-        """Record one batch of a scan; returns how many of ``changed`` brought a new image."""
+    def record_scan_batch(
+        self,
+        changed: Sequence[FileRecord],
+        *,
+        gone: Sequence[str] = (),
+        returned: Sequence[str] = (),
+    ) -> int:
+        """Record one batch of a scan; returns how many of ``changed`` brought a new image.
+
+        ``changed``: new, modified or moved files (written in full, present). ``gone``: recorded
+        paths no longer on disk (marked missing, labels kept). ``returned``: unchanged files that
+        were missing and are back. Unchanged files are not written at all, so a rescan of an
+        unchanged tree writes nothing.
+        """
         now = utc_now()
         with self._write() as conn:
-            conn.executemany("INSERT OR IGNORE INTO temp.seen(path) VALUES (?)", ((p,) for p in seen))
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO images (sha256, size, status, first_seen, updated_at) "
@@ -236,33 +234,39 @@ class Store:
                 "ON CONFLICT(path) DO UPDATE SET dir=excluded.dir, root=excluded.root, "
                 "sha256=excluded.sha256, size=excluded.size, mtime_ns=excluded.mtime_ns, "
                 "inode=excluded.inode, device=excluded.device, last_seen=excluded.last_seen, "
-                "error=NULL",
+                "missing=0, error=NULL",
                 (
                     (f.path, f.dir, f.root, f.sha256, f.size, f.mtime_ns, f.inode, f.device, now, now)
                     for f in changed
                 ),
             )
+            conn.executemany("UPDATE files SET missing = 1 WHERE path = ?", ((p,) for p in gone))
+            conn.executemany(
+                "UPDATE files SET missing = 0, last_seen = ? WHERE path = ?", ((now, p) for p in returned)
+            )
         return new_images
 
-    def finish_scan(self, roots: Iterable[str]) -> tuple[int, int]:
-        """Mark unseen files under ``roots`` missing and seen ones present; (missing, returned)."""
-        now = utc_now()
-        missing = 0
+    def finish_scan(self, roots: Iterable[str], visited_dirs: Collection[str]) -> int:
+        """Mark missing the files of recorded folders under ``roots`` that the walk never reached.
+
+        (Files that vanished from folders it did reach were marked batch by batch.)
+        """
+        roots = list(roots)
+        if not roots:
+            return 0
+        where, params = _under_roots(roots)
+        dirs = [
+            row[0]
+            for row in self._read(f"SELECT DISTINCT dir FROM files f WHERE f.missing = 0 AND {where}", params)
+            if row[0] not in visited_dirs
+        ]
+        if not dirs:
+            return 0
         with self._write() as conn:
-            returned = conn.execute(
-                "UPDATE files SET missing = 0 WHERE missing = 1 AND path IN (SELECT path FROM temp.seen)"
-            ).rowcount
-            conn.execute("UPDATE files SET last_seen = ? WHERE path IN (SELECT path FROM temp.seen)", (now,))
-            for root in roots:
-                prefix = root.rstrip("/") + "/"
-                missing += conn.execute(
-                    "UPDATE files SET missing = 1 WHERE missing = 0 "
-                    "AND (path = ? OR substr(path, 1, ?) = ?) "
-                    "AND path NOT IN (SELECT path FROM temp.seen)",
-                    (root, len(prefix), prefix),
-                ).rowcount
-            conn.execute("DELETE FROM temp.seen")
-        return missing, returned
+            return sum(
+                conn.execute("UPDATE files SET missing = 1 WHERE dir = ? AND missing = 0", (d,)).rowcount
+                for d in dirs
+            )
 
     def is_known_image(self, sha256: str) -> bool:
         return self._scalar("SELECT 1 FROM images WHERE sha256 = ?", (sha256,)) is not None

@@ -2,7 +2,8 @@
 
 The walk is iterative (an explicit stack, no recursion limit) over ``os.scandir``, so memory
 holds one directory's entries plus the stack, never the whole tree. It yields a ``Directory``
-batch per folder because the stat cache looks up a folder's known files in one query.
+batch per folder walked (empty ones too) because the stat cache looks up a folder's known files
+in one query and marks the ones no longer there as missing.
 
 Nothing found on disk is fatal: a folder that cannot be listed, a file that vanished between
 listing and stat, a broken symlink or a name that is not valid UTF-8 is counted in the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class Directory:
     root: str
     path: str
     files: list[FoundFile]
+    complete: bool = True  # False when only a file given as a root is listed, not its folder
 
 
 @dataclass
@@ -89,17 +92,25 @@ def _is_valid_utf8(name: str) -> bool:
 
 
 class _Matcher:
+    """Name tests run once per directory entry, so they avoid per-call pattern work."""
+
     def __init__(self, settings: WalkSettings) -> None:
-        self.extensions = frozenset("." + e.lower() for e in settings.extensions)
-        self.exclude = tuple(settings.exclude)
+        self.extensions = frozenset(e.lower() for e in settings.extensions)
+        literal = [p for p in settings.exclude if not any(c in p for c in "*?[")]
+        globs = [p for p in settings.exclude if p not in literal]
+        self.exclude_names = frozenset(literal)
+        self.exclude_re = re.compile("|".join(fnmatch.translate(p) for p in globs)) if globs else None
         self.include_hidden = settings.include_hidden
         self.follow_symlinks = settings.follow_symlinks
 
     def excluded(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+        if name in self.exclude_names:
+            return True
+        return self.exclude_re is not None and self.exclude_re.match(name) is not None
 
     def is_image_name(self, name: str) -> bool:
-        return os.path.splitext(name)[1].lower() in self.extensions
+        stem, dot, ext = name.rpartition(".")
+        return bool(dot and stem) and ext.lower() in self.extensions
 
 
 def iter_directories(
@@ -126,7 +137,7 @@ def iter_directories(
             found = FoundFile(root, os.path.basename(root), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
             if match.is_image_name(found.name):
                 report.files += 1
-                yield Directory(root, os.path.dirname(root), [found])
+                yield Directory(root, os.path.dirname(root), [found], complete=False)
             else:
                 report.not_images += 1
             continue
@@ -169,10 +180,10 @@ def _walk_root(
         report.directories += 1
         # Sorted so that walks are deterministic and tests can name what comes first.
         stack.extend(sorted(subdirs, reverse=True))
-        if files:
-            files.sort(key=lambda f: f.name)
-            report.files += len(files)
-            yield Directory(root, path, files)
+        # Folders without image files are yielded too: the scan marks what vanished from them.
+        files.sort(key=lambda f: f.name)
+        report.files += len(files)
+        yield Directory(root, path, files)
 
 
 def _classify_entry(
