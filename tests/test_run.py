@@ -411,3 +411,58 @@ def test_sigint_records_in_flight_requests_and_exits_130(
     assert emu.stats()["billed_images"] == recorded
     assert db_rows(db, "SELECT count(*) FROM ledger WHERE state = 'reserved'") == [(0,)]
     assert db_rows(db, "SELECT status, exit_code FROM runs") == [("interrupted", 130)]
+
+
+def test_too_large_upload_is_re_encoded_smaller_once(
+    tmp_path: Path, clean_env: Path, emulators: Callable[..., RunningEmulator]
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        (root / f"big_{i}.jpg").write_bytes(make_photo(50 + i, (800, 600)))
+    probe = emulators()
+    sizes = []
+    from cfclassify.images import prepare_upload, shrink_upload
+
+    for path in sorted(root.iterdir()):
+        first = prepare_upload(path)
+        sizes.append((len(first.data), len(shrink_upload(path, first).data)))
+    probe.stop()
+    limit = max(small for _, small in sizes) + 1
+    assert all(big > limit for big, _ in sizes)  # every first upload is refused, every shrunk one fits
+    emu = emulators(max_bytes=limit)
+    db = tmp_path / "c.db"
+    result = run(settings_for(emu, db), [str(root)], handle_signals=False)
+    assert result.exit_code == 0
+    stats = emu.stats()
+    assert stats["errors_by_code"] == {"3006": 3}
+    assert stats["billed_images"] == 3
+    # The refused attempts were released, not charged.
+    assert db_rows(db, "SELECT state, count(*) FROM ledger GROUP BY state ORDER BY state") == [
+        ("charged", 3),
+        ("released", 3),
+    ]
+
+
+def test_max_images_caps_the_run_and_exits_75(
+    tmp_path: Path, clean_env: Path, emulators: Callable[..., RunningEmulator]
+) -> None:
+    emu = emulators()
+    root = photos(tmp_path / "photos", 10)
+    result = run(settings_for(emu, tmp_path / "c.db"), [str(root)], max_images=4, handle_signals=False)
+    assert result.exit_code == 75 and result.run is not None
+    assert result.run.stop_reason == "max_images"
+    assert emu.stats()["billed_images"] == 4 and result.run.left == 6
+
+
+def test_run_is_limited_to_the_paths_given(
+    tmp_path: Path, clean_env: Path, emulators: Callable[..., RunningEmulator]
+) -> None:
+    emu = emulators()
+    a = photos(tmp_path / "a", 3)
+    b = photos(tmp_path / "b", 4, seed=100)
+    db = tmp_path / "c.db"
+    CliRunner().invoke(cli, ["--db", str(db), "scan", str(a), str(b)])
+    result = run(settings_for(emu, db), [str(a)], handle_signals=False)
+    assert result.exit_code == 0 and result.run is not None
+    assert result.run.classified == 3 and emu.stats()["billed_images"] == 3
