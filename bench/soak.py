@@ -101,23 +101,7 @@ def billed_hashes(emu: RunningEmulator) -> set[str]:
 
 
 def stand_in(options: EmulatorOptions) -> RunningEmulator:
-    """Start the stand-in, quiet about clients that hang up on it (every killed run does).
-
-    The stdlib server prints a traceback for each BrokenPipe / ConnectionReset; here they are the
-    expected result of kill -9 and of client read timeouts, so they are dropped. Other errors
-    still print.
-    """
-    emu = start_emulator(options)
-    server = emu._server
-    original = server.handle_error
-
-    def handle_error(request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        original(request, client_address)
-
-    server.handle_error = handle_error  # type: ignore[method-assign]
-    return emu
+    return start_emulator(options)
 
 
 def duplicate_rows(db: Path) -> dict[str, int]:

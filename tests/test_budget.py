@@ -152,3 +152,49 @@ def test_two_ledgers_on_one_database_never_pass_the_limit_together(tmp_path: Pat
     finally:
         a.close()
         b.close()
+
+
+def test_day_totals_kept_by_triggers_agree_with_the_ledger_rows(store: Store) -> None:
+    now = {"t": datetime(2026, 11, 23, 23, 0, tzinfo=UTC)}
+    ledger = make_ledger(store, clock=lambda: now["t"])
+    held = [ledger.reserve() for _ in range(6)]
+    ledger.release(held[0])
+    ledger.keep(held[1])
+    store.settle(held[2].id, state="charged", outcome="hit", micro_neurons=0)
+    now["t"] = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+    ledger.reserve()
+    store.settle_orphaned_reservations()
+    ledger.reserve()
+    summed = dict(
+        ((day, state), total)
+        for day, state, total in store.conn.execute(
+            "SELECT day, state, sum(micro_neurons) FROM ledger GROUP BY day, state"
+        )
+    )
+    for day in ("2026-11-23", "2026-11-24"):
+        expected = (summed.get((day, "charged"), 0), summed.get((day, "reserved"), 0))
+        assert store.day_usage(day) == expected
+    assert store.day_usage("2026-11-23") == (4 * COST, 0)
+    assert store.day_usage("2026-11-24") == (COST, COST)
+
+
+def test_day_totals_are_backfilled_when_an_old_database_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cfclassify.migrations import migrations
+
+    path = tmp_path / "old.db"
+    with Store(path) as s:
+        make_ledger(s).reserve()
+        make_ledger(s).reserve()
+    conn = sqlite3.connect(path)
+    # Roll the database back to how 0001 left it, with its ledger rows.
+    conn.executescript(
+        "DROP TRIGGER ledger_totals_insert; DROP TRIGGER ledger_totals_update; "
+        "DROP TRIGGER ledger_totals_delete; DROP TABLE ledger_totals; "
+        "DELETE FROM _sqlite_migrations WHERE name = '0002_ledger_day_totals';"
+    )
+    conn.close()
+    with Store(path) as s:
+        assert [m.name for m in migrations.applied(s.db)][-1] == "0002_ledger_day_totals"
+        assert s.day_usage("2026-11-23") == (0, 2 * COST)

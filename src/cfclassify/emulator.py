@@ -31,6 +31,7 @@ import random
 import re
 import signal
 import socket
+import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
@@ -251,6 +252,12 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__((options.host, options.port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a killed run, a read timeout) is routine here, not a fault.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

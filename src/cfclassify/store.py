@@ -305,14 +305,9 @@ class Store:
             ).rowcount
 
     def day_usage(self, day: str) -> tuple[int, int]:
-        """(charged, reserved) micro-neurons for a UTC day."""
-        rows = self._read(
-            "SELECT coalesce(sum(CASE WHEN state = 'charged' THEN micro_neurons END), 0), "
-            "coalesce(sum(CASE WHEN state = 'reserved' THEN micro_neurons END), 0) "
-            "FROM ledger WHERE day = ?",
-            (day,),
-        )
-        return int(rows[0][0]), int(rows[0][1])
+        """(charged, reserved) micro-neurons for a UTC day (totals kept by triggers on ``ledger``)."""
+        rows = self._read("SELECT charged, reserved FROM ledger_totals WHERE day = ?", (day,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
     def day_exhausted(self, day: str) -> str | None:
         """The reason the day was marked exhausted by a quota error, or None."""
@@ -340,11 +335,10 @@ class Store:
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM ledger_days WHERE day = ?", (day,)).fetchone():
                 return None
-            used = conn.execute(
-                "SELECT coalesce(sum(micro_neurons), 0) FROM ledger "
-                "WHERE day = ? AND state IN ('reserved', 'charged')",
-                (day,),
-            ).fetchone()[0]
+            row = conn.execute(
+                "SELECT charged + reserved FROM ledger_totals WHERE day = ?", (day,)
+            ).fetchone()
+            used = row[0] if row else 0
             if used + cost > limit:
                 return None
             cursor = conn.execute(
