@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from .config import BudgetSettings, PricingSettings
 from .store import Store
@@ -61,6 +62,18 @@ class DayUsage:
     @property
     def left(self) -> int:
         return 0 if self.exhausted else max(0, self.limit - self.charged - self.reserved)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Neurons (not micro-neurons) for people and scripts."""
+        return {
+            "day": self.day,
+            "charged_neurons": self.charged / MICRO,
+            "reserved_neurons": self.reserved / MICRO,
+            "limit_neurons": self.limit / MICRO,
+            "left_neurons": self.left / MICRO,
+            "exhausted": self.exhausted,
+            "resets_at": self.resets_at.isoformat(),
+        }
 
 
 class Ledger:

@@ -42,13 +42,7 @@ class StatusReport:
         today = self.today
         return {
             "today": {
-                "day": today.day,
-                "charged_neurons": today.charged / MICRO,
-                "reserved_neurons": today.reserved / MICRO,
-                "limit_neurons": today.limit / MICRO,
-                "left_neurons": today.left / MICRO,
-                "exhausted": today.exhausted,
-                "resets_at": today.resets_at.isoformat(),
+                **today.as_dict(),
                 "resets_in_seconds": self.resets_in_seconds,
                 "usd": self.usd_today,
             },

@@ -96,7 +96,7 @@ def run(
                     _classify(store, settings, ledger, roots, run_id, progress, transport, handle_signals)
                 )
                 result = RunResult(report.exit_code, scan_report, run=report)
-            result.usage = _usage(ledger)
+            result.usage = ledger.usage().as_dict()
             return result
         except CfclassifyError as exc:
             store.finish_run(run_id, "failed", exc.exit_code, {"error": str(exc)})
@@ -142,19 +142,6 @@ def _signals(pipeline: Pipeline) -> Iterator[None]:
     finally:
         for signum in codes:
             loop.remove_signal_handler(signum)
-
-
-def _usage(ledger: Ledger) -> dict[str, Any]:
-    usage = ledger.usage()
-    return {
-        "day": usage.day,
-        "charged_neurons": usage.charged / MICRO,
-        "reserved_neurons": usage.reserved / MICRO,
-        "limit_neurons": usage.limit / MICRO,
-        "left_neurons": usage.left / MICRO,
-        "exhausted": usage.exhausted,
-        "resets_at": usage.resets_at.isoformat(),
-    }
 
 
 def _estimate(store: Store, ledger: Ledger, roots: Sequence[str]) -> dict[str, Any]:
