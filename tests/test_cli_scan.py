@@ -44,7 +44,7 @@ def test_scan_json_counts(clean_env: Path, photos: Path, tmp_path: Path) -> None
     assert data["duplicate_paths"] == 2
     assert data["hashed"] == 8
     assert data["skipped"] == {"hidden": 1, "excluded": 1, "symlinks": 0, "not_images": 1}
-    assert data["problems"] == {"unreadable": 0, "vanished": 0, "broken_links": 0, "bad_names": 0, "loops": 0}
+    assert data["problems"] == {"unreadable": 0, "vanished": 0, "broken_links": 0, "loops": 0}
     assert db.is_file()
 
     again = scan_json("--db", str(db), "scan", "--json", str(photos))

@@ -182,27 +182,15 @@ def test_hostile_files_fail_with_reasons_and_the_rest_completes(
     db = tmp_path / "c.db"
     result = run(settings_for(emu, db), [str(root)], handle_signals=False)
     assert result.exit_code == 0
-    failed = {
-        os.path.basename(path): error
-        for path, error in db_rows(
-            db,
-            "SELECT f.path, i.error FROM files f JOIN images i ON i.sha256 = f.sha256 "
-            "WHERE i.status = 'failed'",
-        )
+    rows = db_rows(db, "SELECT f.path, i.status, i.error FROM files f JOIN images i ON i.sha256 = f.sha256")
+    # Paths come back as stored: TEXT, or the raw bytes of a name that is not UTF-8.
+    outcome = {os.path.basename(os.fsdecode(path)): (status, error) for path, status, error in rows}
+    assert {n: s for n, (s, _) in outcome.items()} == {
+        n: ("done" if want == "ok" else "failed") for n, want in expected.items()
     }
-    done = {
-        os.path.basename(p)
-        for (p,) in db_rows(
-            db, "SELECT f.path FROM files f JOIN images i ON i.sha256 = f.sha256 WHERE i.status = 'done'"
-        )
-    }
-    utf8_names = {n for n in expected if _is_utf8(n)}
-    assert set(failed) == {n for n in utf8_names if expected[n] == "failed"}
-    assert all(failed.values()), failed  # every failure has a reason
-    assert done == {n for n in utf8_names if expected[n] == "ok"}
-    # A name that is not UTF-8 is reported by the walk, not classified, and stops nothing.
-    assert result.scan.walk.bad_names == len(expected) - len(utf8_names)
-    assert emu.stats()["billed_images"] == len(done)
+    assert all(error for status, error in outcome.values() if status == "failed")
+    assert result.scan.walk.non_utf8_names == sum(not _is_utf8(n) for n in expected)
+    assert emu.stats()["billed_images"] == sum(want == "ok" for want in expected.values())
 
 
 def _is_utf8(name: str) -> bool:
@@ -466,3 +454,28 @@ def test_run_is_limited_to_the_paths_given(
     result = run(settings_for(emu, db), [str(a)], handle_signals=False)
     assert result.exit_code == 0 and result.run is not None
     assert result.run.classified == 3 and emu.stats()["billed_images"] == 3
+
+
+def test_a_name_that_is_not_utf8_is_classified_searched_exported_and_tagged(
+    tmp_path: Path, clean_env: Path, emulators: Callable[..., RunningEmulator]
+) -> None:
+    import json
+
+    emu = emulators()
+    root = tmp_path / "photos"
+    root.mkdir()
+    raw = os.fsencode(str(root)) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as fh:
+        fh.write(make_photo(7, (64, 48)))
+    db = tmp_path / "c.db"
+    assert run(settings_for(emu, db), [str(root)], handle_signals=False).exit_code == 0
+    (top,) = db_rows(db, "SELECT top_label FROM classifications")
+    runner = CliRunner()
+    found = runner.invoke(cli, ["--db", str(db), "search", "-0", top[0]])
+    assert found.exit_code == 0 and found.stdout_bytes == raw + b"\0"
+    exported = runner.invoke(cli, ["--db", str(db), "export", "--format", "jsonl"])
+    assert exported.exit_code == 0
+    assert json.loads(exported.output)["path"].endswith("caf\\xe9.jpg")
+    tagged = runner.invoke(cli, ["--db", str(db), "export", "--format", "xmp", "--min-score", "0"])
+    assert tagged.exit_code == 0, tagged.output
+    assert os.path.exists(raw + b".xmp")

@@ -355,5 +355,23 @@ def test_as_dict_shape(tmp_tree: Callable[..., Path], store: Store) -> None:
     data = do_scan(root, store).as_dict()
     assert data["files"] == 60
     assert data["skipped"] == {"hidden": 1, "excluded": 0, "symlinks": 0, "not_images": 1}
-    assert set(data["problems"]) == {"unreadable", "vanished", "broken_links", "bad_names", "loops"}
+    assert set(data["problems"]) == {"unreadable", "vanished", "broken_links", "loops"}
     assert "walk" not in data
+
+
+def test_a_name_that_is_not_utf8_is_recorded_cached_and_marked_missing(
+    tmp_tree: Callable[..., Path], store: Store, reads: ReadSpy
+) -> None:
+    root = tmp_tree({"a.jpg": b"one"})
+    raw = os.fsencode(str(root)) + b"/caf\xe9.jpg"  # Latin-1: not valid UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(b"two")
+    first = do_scan(root, store)
+    assert (first.files, first.new_images, first.walk.non_utf8_names) == (2, 2, 1)
+    assert store.known_files_in_dir(str(root)).keys() == {str(root / "a.jpg"), os.fsdecode(raw)}
+    reads.reset()
+    again = do_scan(root, store)
+    assert again.cached == 2 and reads.paths == []
+    os.remove(raw)
+    assert do_scan(root, store).missing == 1
+    assert count(store, "SELECT count(*) FROM files WHERE missing = 1 AND typeof(path) = 'blob'") == 1

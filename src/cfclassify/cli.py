@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -393,11 +394,12 @@ def search(ctx: click.Context, label: str, min_score: float, print0: bool) -> No
     from .reports import search as search_paths
 
     settings = _settings(ctx)
-    end = "\0" if print0 else "\n"
+    end = b"\0" if print0 else b"\n"
     found = 0
     with _open_existing(settings) as store:
         for path in search_paths(store, settings, label, min_score=min_score):
-            click.echo(path + end, nl=False)
+            # The path's own bytes, so `xargs -0` gets a name that is not UTF-8 exactly as it is.
+            click.echo(os.fsencode(path) + end, nl=False)
             found += 1
     if not found:
         log.warning("no image is labelled %r at a score of %g or more", label, min_score)

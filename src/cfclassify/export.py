@@ -22,6 +22,7 @@ from typing import IO, Any
 from .budget import MICRO
 from .config import Settings
 from .store import FileLabels, Store
+from .walker import display_path
 from .xmp import Outcome, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ CSV_COLUMNS = (
 def row_dict(row: FileLabels) -> dict[str, Any]:
     """A file's row as plain data: the JSON Lines record, and the CSV row before flattening."""
     return {
-        "path": row.path,
+        "path": display_path(row.path),  # text: a name that is not UTF-8 shows its bytes as \xNN
         "sha256": row.sha256,
         "status": row.status,
         "error": row.error,

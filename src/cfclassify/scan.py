@@ -64,10 +64,10 @@ class ScanReport:
             "unreadable": walk["unreadable"] + self.unreadable,
             "vanished": walk["vanished"],
             "broken_links": walk["broken_links"],
-            "bad_names": walk["bad_names"],
             "loops": walk["loops"],
         }
         data["directories"] = walk["directories"]
+        data["non_utf8_names"] = walk["non_utf8_names"]
         return data
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -80,15 +81,44 @@ class LabelScore:
     score: float
 
 
+def to_db_path(path: str) -> str | bytes:
+    """A path as stored: TEXT when it is valid UTF-8, else its raw bytes as a BLOB.
+
+    Linux file names are bytes; one that is not UTF-8 (an old Latin-1 archive, say) comes from
+    ``os.scandir`` with surrogate escapes, which SQLite's TEXT cannot hold. Stored as its bytes it
+    stays exact, so the file can be opened, hashed, classified and tagged like any other.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def from_db_path(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _known(row: tuple[Any, ...]) -> KnownFile:
+    # Built 100,000 times on a rescan of 100,000 files: only a bytes path pays for a new tuple.
+    if isinstance(row[0], bytes):
+        return KnownFile(from_db_path(row[0]), *row[1:])
+    return KnownFile._make(row)
+
+
 def _under_roots(roots: Sequence[str]) -> tuple[str, list[Any]]:
-    """A WHERE clause on ``f.path`` matching files at or under any of ``roots``."""
+    """A WHERE clause on ``f.path`` matching files at or under any of ``roots``.
+
+    Compared as bytes (``CAST(... AS BLOB)`` gives a TEXT path's UTF-8), so paths stored either
+    way match.
+    """
     if not roots:
         return "1", []
     clauses, params = [], []
     for root in roots:
-        prefix = root.rstrip("/") + "/"
-        clauses.append("(f.path = ? OR substr(f.path, 1, ?) = ?)")
-        params += [root, len(prefix), prefix]
+        prefix = os.fsencode(root.rstrip("/") + "/")
+        clauses.append("(CAST(f.path AS BLOB) = ? OR substr(CAST(f.path AS BLOB), 1, ?) = ?)")
+        params += [os.fsencode(root), len(prefix), prefix]
     return "(" + " OR ".join(clauses) + ")", params
 
 
@@ -187,10 +217,9 @@ class Store:
         with _converted(self.path):
             rows = self.conn.execute(
                 "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files WHERE dir = ?",
-                (directory,),
+                (to_db_path(directory),),
             ).fetchall()
-        make = KnownFile._make
-        return {r[0]: make(r) for r in rows}
+        return {known.path: known for known in map(_known, rows)}
 
     def find_moved(self, device: int, inode: int, size: int, mtime_ns: int, path: str) -> KnownFile | None:
         """A recorded file with this identity at another path: a move or rename within the roots."""
@@ -198,9 +227,9 @@ class Store:
             "SELECT path, sha256, size, mtime_ns, inode, device, missing FROM files "
             "WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ? AND path != ? "
             "AND sha256 IS NOT NULL LIMIT 1",
-            (device, inode, size, mtime_ns, path),
+            (device, inode, size, mtime_ns, to_db_path(path)),
         )
-        return KnownFile._make(rows[0]) if rows else None
+        return _known(tuple(rows[0])) if rows else None
 
     def has_files(self) -> bool:
         return self._scalar("SELECT 1 FROM files LIMIT 1") is not None
@@ -236,13 +265,25 @@ class Store:
                 "inode=excluded.inode, device=excluded.device, last_seen=excluded.last_seen, "
                 "missing=0, error=NULL",
                 (
-                    (f.path, f.dir, f.root, f.sha256, f.size, f.mtime_ns, f.inode, f.device, now, now)
+                    (
+                        to_db_path(f.path),
+                        to_db_path(f.dir),
+                        to_db_path(f.root),
+                        f.sha256,
+                        f.size,
+                        f.mtime_ns,
+                        f.inode,
+                        f.device,
+                        now,
+                        now,
+                    )
                     for f in changed
                 ),
             )
-            conn.executemany("UPDATE files SET missing = 1 WHERE path = ?", ((p,) for p in gone))
+            conn.executemany("UPDATE files SET missing = 1 WHERE path = ?", ((to_db_path(p),) for p in gone))
             conn.executemany(
-                "UPDATE files SET missing = 0, last_seen = ? WHERE path = ?", ((now, p) for p in returned)
+                "UPDATE files SET missing = 0, last_seen = ? WHERE path = ?",
+                ((now, to_db_path(p)) for p in returned),
             )
         return new_images
 
@@ -256,9 +297,9 @@ class Store:
             return 0
         where, params = _under_roots(roots)
         dirs = [
-            row[0]
+            row[0]  # as stored: the UPDATE below matches it exactly
             for row in self._read(f"SELECT DISTINCT dir FROM files f WHERE f.missing = 0 AND {where}", params)
-            if row[0] not in visited_dirs
+            if from_db_path(row[0]) not in visited_dirs
         ]
         if not dirs:
             return 0
@@ -389,7 +430,7 @@ class Store:
             "ORDER BY i.sha256 LIMIT ?",
             (*params, after, model, limit),
         )
-        return [PendingImage(r[0], r[1], r[2], r[3]) for r in rows]
+        return [PendingImage(r[0], from_db_path(r[1]), r[2], r[3]) for r in rows]
 
     def count_pending(self, roots: Sequence[str] = ()) -> int:
         where, params = _under_roots(roots)
@@ -583,12 +624,12 @@ class Store:
             "LEFT JOIN images i ON i.sha256 = f.sha256 "
             "LEFT JOIN classifications c ON c.sha256 = f.sha256 AND c.model = ? "
             "WHERE f.missing = 0 AND f.path > ? ORDER BY f.path LIMIT ?",
-            (model, after, limit),
+            (model, to_db_path(after), limit),
         )
         return [
             FileLabels(
-                path=r["path"],
-                dir=r["dir"],
+                path=from_db_path(r["path"]),
+                dir=from_db_path(r["dir"]),
                 sha256=r["sha256"],
                 status=r["status"],
                 error=r["error"],
@@ -611,10 +652,10 @@ class Store:
     def sibling_paths(self, directory: str, prefix: str) -> list[str]:
         """Present files in ``directory`` whose path starts with ``prefix`` (sidecar name clashes)."""
         rows = self._read(
-            "SELECT path FROM files WHERE dir = ? AND missing = 0 AND substr(path, 1, ?) = ?",
-            (directory, len(prefix), prefix),
+            "SELECT path FROM files WHERE dir = ? AND missing = 0 AND substr(CAST(path AS BLOB), 1, ?) = ?",
+            (to_db_path(directory), len(os.fsencode(prefix)), os.fsencode(prefix)),
         )
-        return [str(r[0]) for r in rows]
+        return [from_db_path(r[0]) for r in rows]
 
     def iter_paths_with_label(
         self, model: str, label: str, *, min_score: float = 0.0, pattern: bool = False
@@ -629,7 +670,7 @@ class Store:
             f"WHERE l.model = ? AND {match} AND l.score >= ? AND f.missing = 0 ORDER BY f.path",
             (model, label, min_score),
         ):
-            yield str(row[0])
+            yield from_db_path(row[0])
 
     def top_label_counts(self, model: str, limit: int) -> list[LabelCount]:
         """The most frequent top labels: distinct images and present files carrying each."""

@@ -6,7 +6,7 @@ batch per folder walked (empty ones too) because the stat cache looks up a folde
 in one query and marks the ones no longer there as missing.
 
 Nothing found on disk is fatal: a folder that cannot be listed, a file that vanished between
-listing and stat, a broken symlink or a name that is not valid UTF-8 is counted in the
+listing and stat, or a broken symlink is counted in the
 ``WalkReport`` (with a few examples to show) and the walk goes on.
 
 Every directory visited is remembered by (device, inode): that detects symlink loops when links
@@ -59,7 +59,7 @@ class WalkReport:
     unreadable: int = 0  # permission denied, I/O errors
     vanished: int = 0
     broken_links: int = 0
-    bad_names: int = 0  # not valid UTF-8
+    non_utf8_names: int = 0  # walked like any other (the store keeps their bytes); counted to inform
     loops: int = 0
     examples: list[tuple[str, str]] = field(default_factory=list)
 
@@ -75,7 +75,7 @@ class WalkReport:
 
     @property
     def problems(self) -> int:
-        return self.unreadable + self.vanished + self.broken_links + self.bad_names + self.loops
+        return self.unreadable + self.vanished + self.broken_links + self.loops
 
 
 def display_path(path: str) -> str:
@@ -195,8 +195,7 @@ def _classify_entry(
 ) -> None:
     name = entry.name
     if not _is_valid_utf8(name):
-        report.problem("bad_names", display_path(entry.path), "file name is not valid UTF-8")
-        return
+        report.non_utf8_names += 1
     if name.startswith(".") and not match.include_hidden:
         report.skipped_hidden += 1
         return
