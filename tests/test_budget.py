@@ -84,7 +84,7 @@ def test_orphaned_reservations_count_as_charges(store: Store) -> None:
     ledger = make_ledger(store)
     for _ in range(3):
         assert ledger.reserve() is not None
-    assert ledger.settle_orphans() == 3
+    assert store.settle_orphaned_reservations() == 3
     assert store.day_usage("2026-11-23") == (3 * COST, 0)
 
 

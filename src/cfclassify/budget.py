@@ -10,7 +10,8 @@ on with the new day's budget. The rules (SPEC "Budget"):
 - A success turns the reservation into a charge in the same transaction as the labels (a
   gateway cache HIT is charged 0). A clear failure (an error answer) releases it. An unclear
   one (the body went out, no answer came back) keeps it as a charge: we may have been billed.
-- Reservations left behind by a run that died count as charges (``settle_orphans``).
+- Reservations left behind by a run that died count as charges (``Store.settle_orphaned_reservations``,
+  called by the runner once it holds the run lock).
 - A quota error (3036 / 4006) marks the day exhausted: no request from any run until 00:00 UTC.
 """
 
@@ -139,9 +140,6 @@ class Ledger:
 
     def mark_exhausted(self, reason: str) -> None:
         self.store.mark_day_exhausted(self.today(), reason)
-
-    def settle_orphans(self) -> int:
-        return self.store.settle_orphaned_reservations()
 
     def usage(self, day: str | None = None) -> DayUsage:
         day = day or self.today()

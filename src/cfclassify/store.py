@@ -309,9 +309,6 @@ class Store:
                 for d in dirs
             )
 
-    def is_known_image(self, sha256: str) -> bool:
-        return self._scalar("SELECT 1 FROM images WHERE sha256 = ?", (sha256,)) is not None
-
     # -- runs -----------------------------------------------------------------------------------
 
     def start_run(self, command: str, roots: Sequence[str], pid: int, budget_micro: int | None) -> int:
@@ -404,15 +401,6 @@ class Store:
             "UPDATE ledger SET state = ?, outcome = ?, settled_at = ?, "
             "micro_neurons = coalesce(?, micro_neurons) WHERE id = ? AND state = 'reserved'",
             (state, outcome, utc_now(), micro_neurons, reservation_id),
-        )
-
-    def run_spend(self, run_id: int) -> int:
-        return int(
-            self._scalar(
-                "SELECT coalesce(sum(micro_neurons), 0) FROM ledger "
-                "WHERE run_id = ? AND state IN ('reserved', 'charged')",
-                (run_id,),
-            )
         )
 
     # -- images and classifications --------------------------------------------------------------

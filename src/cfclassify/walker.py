@@ -77,6 +77,13 @@ class WalkReport:
     def problems(self) -> int:
         return self.unreadable + self.vanished + self.broken_links + self.loops
 
+    def os_error(self, path: str, exc: OSError, vanished: str = "vanished during the walk") -> None:
+        """Count an OSError met on ``path``: gone (ENOENT) or unreadable (anything else)."""
+        if isinstance(exc, FileNotFoundError):
+            self.problem("vanished", path, vanished)
+        else:
+            self.problem("unreadable", path, exc.strerror or str(exc))
+
 
 def display_path(path: str) -> str:
     """A path as a user can read it, even when its bytes are not UTF-8."""
@@ -126,11 +133,8 @@ def iter_directories(
         root = os.path.abspath(os.fspath(raw_root))
         try:
             st = os.stat(root)
-        except FileNotFoundError:
-            report.problem("vanished", root, "no such file or directory")
-            continue
         except OSError as exc:
-            report.problem("unreadable", root, exc.strerror or str(exc))
+            report.os_error(root, exc, "no such file or directory")
             continue
         if stat.S_ISREG(st.st_mode):
             # A single file given as a root: take it if it is an image.
@@ -153,11 +157,7 @@ def _walk_root(
         try:
             dir_stat = os.stat(path)
         except OSError as exc:
-            report.problem(
-                "vanished" if isinstance(exc, FileNotFoundError) else "unreadable",
-                path,
-                exc.strerror or str(exc),
-            )
+            report.os_error(path, exc, "directory vanished during the walk")
             continue
         key = (dir_stat.st_dev, dir_stat.st_ino)
         if key in visited:
@@ -171,11 +171,8 @@ def _walk_root(
             with os.scandir(path) as it:
                 for entry in it:
                     _classify_entry(entry, match, report, files, subdirs)
-        except FileNotFoundError:
-            report.problem("vanished", path, "directory vanished during the walk")
-            continue
         except OSError as exc:
-            report.problem("unreadable", path, exc.strerror or str(exc))
+            report.os_error(path, exc, "directory vanished during the walk")
             continue
         report.directories += 1
         # Sorted so that walks are deterministic and tests can name what comes first.
@@ -214,14 +211,11 @@ def _classify_entry(
             report.not_images += 1
             return
         st = entry.stat(follow_symlinks=match.follow_symlinks)
-    except FileNotFoundError:
-        if entry.is_symlink():
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and entry.is_symlink():
             report.problem("broken_links", entry.path, "symlink points nowhere")
         else:
-            report.problem("vanished", entry.path, "vanished during the walk")
-        return
-    except OSError as exc:
-        report.problem("unreadable", entry.path, exc.strerror or str(exc))
+            report.os_error(entry.path, exc)
         return
     if not stat.S_ISREG(st.st_mode):
         report.not_images += 1  # a fifo or device named .jpg
